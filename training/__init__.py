@@ -1,0 +1,1 @@
+"""Headless training: SFT, GREEN, offline finding scorer, preference sets, DPO, evaluation, demo."""
