@@ -83,7 +83,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         "vision_config": {
             "in_channels": 1,
-            "img_size": [8, 64, 64],
+            "img_size": [8, 128, 128],
             "patch_size": [4, 8, 8],
             "hidden_size": 96,
             "mlp_dim": 192,
@@ -94,7 +94,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "mu2tokenizer_config": {
             "num_heads": 4,
             "num_layers": 2,
-            "top_k": 64,
+            "top_k": 128,
             "num_query_tokens": 32,
             "use_multi_scale": True,
             "enable_diffts": True,
@@ -120,7 +120,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "tie_word_embeddings": True,
         },
         "preprocess": {
-            "image_size": [64, 64, 64],
+            "image_size": [64, 128, 128],
             "chunk_depth": 8,
             "patch_size": [4, 8, 8],
             "pool": 2,

@@ -51,8 +51,8 @@ class Mu2PreTrainedModel(PreTrainedModel):
     _no_split_modules = ["LlamaDecoderLayer", "Qwen3DecoderLayer"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        # The vision side owns its initialisation (official xavier/zeros); only the LM uses the config's std.
-        if isinstance(module, (ViT3D, SpatialPoolingProjector, Mu2Tokenizer)):
+        # The vision side keeps its own initialisation (official xavier/zeros); only the LM uses the config's std.
+        if getattr(module, "_mu2_own_init", False):
             return
         super()._init_weights(module)
 
@@ -72,6 +72,9 @@ class Mu2Model(Mu2PreTrainedModel):
             pool=pc["pool"],
         )
         self.u2tokenizer = Mu2Tokenizer(embed_size=hidden, **tc)
+        for part in (self.vision_tower, self.mm_projector, self.u2tokenizer):
+            for sub in part.modules():
+                sub._mu2_own_init = True
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
