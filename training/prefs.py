@@ -34,7 +34,7 @@ def pairs_from_reviews(root: str | Path, samples: dict[str, list[tuple[str, floa
 
     store = ReviewStore(root)
     pairs = []
-    for rec in store.latest_by_case():
+    for rec in store.latest_by_case().values():
         final, draft = (rec.final_text or "").strip(), (rec.draft_text or "").strip()
         base = {"input": rec.fingerprint, "question": rec.question, "review_id": rec.review_id}
         if rec.decision in ("edited", "rejected") and final and final != draft:

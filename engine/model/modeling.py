@@ -260,11 +260,13 @@ class Mu2ForConditionalGeneration(Mu2PreTrainedModel, GenerationMixin):
             dts_weights=out.dts_weights,
         )
 
-    def prepare_inputs_for_generation(self, input_ids, *args, is_first_iteration: bool = False, **kwargs):
+    def prepare_inputs_for_generation(
+        self, input_ids, *args, inputs_embeds=None, is_first_iteration: bool = False, **kwargs
+    ):
         # The volume and the question condition the prompt once; decode steps reuse the KV cache.
         vision_inputs = {k: kwargs.pop(k, None) for k in ("pixel_values", "images", "question_ids", "question_mask")}
         inputs = super().prepare_inputs_for_generation(
-            input_ids, *args, is_first_iteration=is_first_iteration, **kwargs
+            input_ids, *args, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
         )
         use_cache = kwargs.get("use_cache", True)
         if is_first_iteration or not use_cache:
