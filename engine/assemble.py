@@ -66,8 +66,12 @@ def new_checkpoint(
     llm: str | Path | None = None,
     seed: int = 0,
     tokenizer=None,
+    dtype: torch.dtype | None = None,
 ):
-    """Write a loadable checkpoint folder for ``preset`` (random init where no weights are given)."""
+    """Write a loadable checkpoint folder for ``preset`` (random init where no weights are given).
+
+    ``mu2-1b`` is written in bfloat16 (the official checkpoint's dtype) unless ``dtype`` says otherwise.
+    """
     from engine.checkpoint import load_strict, load_tokenizer
     from engine.model import Mu2Config, Mu2ForConditionalGeneration
     from engine.text import load_llama32_tokenizer, make_word_tokenizer
@@ -95,7 +99,13 @@ def new_checkpoint(
     if image_id is None or image_id == tokenizer.unk_token_id:
         raise Mu2CheckpointError("the tokenizer has no <im_patch> token")
     config.image_token_id = int(image_id)
-    model = Mu2ForConditionalGeneration(config)
+    dtype = dtype or (torch.bfloat16 if preset == "mu2-1b" else torch.float32)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        model = Mu2ForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
     if lm_state or vision is not None:
         state = model.state_dict()
         if lm_state:

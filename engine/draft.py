@@ -206,6 +206,7 @@ class Drafter:
         on_token: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
         on_stage: Callable[[str], None] | None = None,
+        min_new_tokens: int = 0,
     ) -> Draft:
         """Draft a report for ``volume``; ``on_token`` streams text, ``cancel`` (an Event) stops promptly."""
         from engine.preprocess import prepare
@@ -230,7 +231,9 @@ class Drafter:
             timings["encode"] = time.perf_counter() - t0
 
             stage("generate")
-            ids, streamer, t_gen, cancelled = self._generate(embeds, attn, max_new_tokens, sampling, on_token, cancel)
+            ids, streamer, t_gen, cancelled = self._generate(
+                embeds, attn, max_new_tokens, sampling, on_token, cancel, min_new_tokens
+            )
             t_first = streamer.first_token_time or time.perf_counter()
             timings["prefill"] = t_first - t_gen
             timings["decode"] = time.perf_counter() - t_first
@@ -284,7 +287,7 @@ class Drafter:
         return embeds, prompt["attention_mask"][None].to(dev), out.token_importance
 
     @torch.inference_mode()
-    def _generate(self, embeds, attn, max_new_tokens, sampling: Sampling, on_token, cancel):
+    def _generate(self, embeds, attn, max_new_tokens, sampling: Sampling, on_token, cancel, min_new_tokens=0):
         from transformers import StoppingCriteriaList
 
         if sampling.seed is not None:
@@ -294,6 +297,7 @@ class Drafter:
             inputs_embeds=embeds,
             attention_mask=attn,
             max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
             do_sample=sampling.do_sample,
             repetition_penalty=sampling.repetition_penalty,
             streamer=streamer,
