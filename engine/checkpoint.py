@@ -155,6 +155,10 @@ def save_checkpoint(model, tokenizer, out: str | Path, notes: str = "", preset: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.config.architectures = ["Mu2ForConditionalGeneration"]
+    # The decoder config must name the tokenizer's special ids, or generate() and trl realign them noisily.
+    text = model.config.text_config
+    text.bos_token_id, text.eos_token_id, text.pad_token_id = (
+        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
