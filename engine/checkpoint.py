@@ -176,6 +176,8 @@ def save_checkpoint(model, tokenizer, out: str | Path, notes: str = "", preset: 
 def load_tokenizer(folder: str | Path):
     from transformers import AutoTokenizer
 
+    import engine.model  # noqa: F401  (registers model_type "mu2" with AutoConfig)
+
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as err:
