@@ -19,8 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MID_TEXT = {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 4, "num_attention_heads": 8,
-            "num_key_value_heads": 4, "head_dim": 64}
+MID_TEXT = {
+    "hidden_size": 512,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 64,
+}
 
 
 def _make(preset: str, root: Path) -> tuple[Path, Path]:
@@ -46,7 +52,9 @@ def _make(preset: str, root: Path) -> tuple[Path, Path]:
     store = ReviewStore(root / f"reviews-{preset}")
     rng = np.random.default_rng(0)
     for i in range(8):
-        vol = Volume(rng.normal(-400, 300, (40, 96, 96)).astype(np.float32), spacing=(5, 3, 3), case_id=f"c-{i}")
+        vol = Volume(
+            rng.normal(-400, 300, (40, 96, 96)).astype(np.float32), spacing=(5, 3, 3), case_id=f"c-{i}"
+        )
         d = drafter.draft(vol, max_new_tokens=24)
         store.record(d, "FINDINGS: no nodule , no pleural effusion . IMPRESSION: normal chest ct .", "edited")
     return ckpt, root / f"reviews-{preset}"
@@ -74,7 +82,9 @@ def _cell(ckpt: str, reviews: str, precompute: bool, steps: int, threads: int, q
     tok = load_tokenizer(ckpt)
     pairs, search = collect_pairs([reviews])
     out = tempfile.mkdtemp()
-    args = make_config(out, max_steps=steps, precompute_ref_log_probs=precompute, save_strategy="no", logging_steps=100)
+    args = make_config(
+        out, max_steps=steps, precompute_ref_log_probs=precompute, save_strategy="no", logging_steps=100
+    )
     import trl
 
     orig_init = trl.DPOTrainer.__init__
@@ -88,8 +98,13 @@ def _cell(ckpt: str, reviews: str, precompute: bool, steps: int, threads: int, q
     trl.DPOTrainer.__init__ = init
     train_dpo(model, tok, pairs, search, args, Path(out) / "final")
     timed = sorted(times[1:]) or times
-    q.put({"step_s": timed[len(timed) // 2], "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
-           "params_m": sum(p.numel() for p in model.parameters()) / 1e6})
+    q.put(
+        {
+            "step_s": timed[len(timed) // 2],
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        }
+    )
 
 
 def main() -> None:
@@ -105,7 +120,9 @@ def main() -> None:
         res = {}
         for precompute in (True, False):
             q = ctx.Queue()
-            p = ctx.Process(target=_cell, args=(str(ckpt), str(reviews), precompute, args.steps, args.threads, q))
+            p = ctx.Process(
+                target=_cell, args=(str(ckpt), str(reviews), precompute, args.steps, args.threads, q)
+            )
             p.start()
             res[precompute] = q.get()
             p.join()
@@ -113,7 +130,9 @@ def main() -> None:
         print(f"[{preset}] {a['params_m']:.1f} M parameters")
         print(f"  precomputed ref log-probs: step {a['step_s']:.3f} s, peak RSS {a['peak_rss_gb']:.2f} GB")
         print(f"  reference-model copy:      step {b['step_s']:.3f} s, peak RSS {b['peak_rss_gb']:.2f} GB")
-        print(f"  ratio precomputed/copy:    time {a['step_s'] / b['step_s']:.2f}x, memory {a['peak_rss_gb'] / b['peak_rss_gb']:.2f}x")
+        print(
+            f"  ratio precomputed/copy:    time {a['step_s'] / b['step_s']:.2f}x, memory {a['peak_rss_gb'] / b['peak_rss_gb']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

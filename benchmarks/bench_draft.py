@@ -52,8 +52,16 @@ def _draft_cell(ckpt: str, dtype: str, max_new: int, threads: int, q) -> None:
     d = drafter.draft(vol, max_new_tokens=max_new, min_new_tokens=max_new)
     t = dict(d.timings)
     t["load"] = load
-    q.put({"timings": t, "n_tokens": d.n_tokens, "rss_start_gb": base, "rss_after_load_gb": rss_load,
-           "rss_volume_gb": rss_vol - rss_load, "peak_rss_gb": _rss_gb()})
+    q.put(
+        {
+            "timings": t,
+            "n_tokens": d.n_tokens,
+            "rss_start_gb": base,
+            "rss_after_load_gb": rss_load,
+            "rss_volume_gb": rss_vol - rss_load,
+            "peak_rss_gb": _rss_gb(),
+        }
+    )
 
 
 def _overhead_cell(ckpt: str, dtype: str, max_new: int, threads: int, q) -> None:
@@ -70,8 +78,14 @@ def _overhead_cell(ckpt: str, dtype: str, max_new: int, threads: int, q) -> None
     lm.model = model.model.language_model  # share the very same weights
     lm.lm_head = model.lm_head
     embeds, attn, _ = drafter._encode(_prep(drafter), "Describe the findings.")
-    kw = dict(inputs_embeds=embeds, attention_mask=attn, max_new_tokens=max_new, min_new_tokens=max_new,
-              do_sample=False, pad_token_id=0)
+    kw = dict(
+        inputs_embeds=embeds,
+        attention_mask=attn,
+        max_new_tokens=max_new,
+        min_new_tokens=max_new,
+        do_sample=False,
+        pad_token_id=0,
+    )
     times = {"mu2": [], "llama": []}
     with torch.inference_mode():
         for _ in range(5):
@@ -128,12 +142,18 @@ def main() -> None:
             for k in ("load", "prepare", "encode", "prefill", "decode", "heatmap"):
                 print(f"  {k:8s} {t[k]:8.3f} s")
             print(f"  decode   {t['tokens_per_s']:8.2f} tokens/s")
-            print(f"  peak RSS {r['peak_rss_gb']:.2f} GB (after load {r['rss_after_load_gb']:.2f} GB; "
-                  f"the 256x256x120 test volume itself {r['rss_volume_gb']:.2f} GB)")
-            print(f"  decode loop vs plain LlamaForCausalLM.generate: {ov['mu2_s']:.3f} s / {ov['llama_s']:.3f} s "
-                  f"= {ov['ratio']:.3f}x (target <= 1.05x)")
+            print(
+                f"  peak RSS {r['peak_rss_gb']:.2f} GB (after load {r['rss_after_load_gb']:.2f} GB; "
+                f"the 256x256x120 test volume itself {r['rss_volume_gb']:.2f} GB)"
+            )
+            print(
+                f"  decode loop vs plain LlamaForCausalLM.generate: {ov['mu2_s']:.3f} s / {ov['llama_s']:.3f} s "
+                f"= {ov['ratio']:.3f}x (target <= 1.05x)"
+            )
             if preset == "mu2-1b":
-                print(f"  peak host memory {r['peak_rss_gb']:.2f} GB vs 5 GB target: {r['peak_rss_gb'] / 5:.2f}x")
+                print(
+                    f"  peak host memory {r['peak_rss_gb']:.2f} GB vs 5 GB target: {r['peak_rss_gb'] / 5:.2f}x"
+                )
     print("\n" + json.dumps(results, indent=1))
 
 
