@@ -74,7 +74,7 @@ def relative_position_index(
 
 
 class _Projections(nn.Module):
-    """The four official projections; fuses q/k/v into one matmul when they read the same input."""
+    """The four official projections ``wq``, ``wk``, ``wv``, ``dense`` (official init: xavier, zero bias)."""
 
     def __init__(self, d_model: int, num_heads: int) -> None:
         super().__init__()
@@ -89,12 +89,12 @@ class _Projections(nn.Module):
         self.dense = _xavier_linear(d_model)
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(B, L, E) -> 3 × (B, H, L, d)``; one GEMM instead of three (weights stay separate)."""
-        w = torch.cat([self.wq.weight, self.wk.weight, self.wv.weight])
-        b = torch.cat([self.wq.bias, self.wk.bias, self.wv.bias])
-        bsz, n, _ = x.shape
-        qkv = F.linear(x, w, b).view(bsz, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]
+        """``(B, L, E) -> 3 × (B, H, L, d)``.
+
+        Three GEMMs: fusing them (concatenating the weights per call) measured no faster on CPU
+        and costs a weight-sized copy in forward and backward.
+        """
+        return tuple(split_heads(lin(x), self.num_heads) for lin in (self.wq, self.wk, self.wv))  # type: ignore[return-value]
 
 
 class RelativeBiasSelfAttention(_Projections):

@@ -67,7 +67,9 @@ class SpatioTemporalLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, n, e = x.shape
         x = self.spatial_attention(x.reshape(b * t, n, e)).view(b, t, n, e)
-        x = x.transpose(1, 2).reshape(b * n, t, e)
+        # contiguous() matters: with B = 1 the reshape alone is a strided view, and F.linear on a
+        # strided 3-D input falls back to a batched matmul that copies the weight once per row.
+        x = x.transpose(1, 2).contiguous().view(b * n, t, e)
         x = self.temporal_attention(x).view(b, n, t, e)
         return x.transpose(1, 2).contiguous()
 
@@ -80,7 +82,8 @@ class SpatioTemporalRefiner(nn.Module):
     ):
         super().__init__()
         self.layers = nn.ModuleList(
-            SpatioTemporalLayer(embed_size, num_heads, attn_type, max_rel_pos, strict) for _ in range(num_layers)
+            SpatioTemporalLayer(embed_size, num_heads, attn_type, max_rel_pos, strict)
+            for _ in range(num_layers)
         )
         self.gradient_checkpointing = False
 

@@ -100,7 +100,9 @@ class TextConditionedAggregator(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         for layer in self.layers_vt:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                query = torch.utils.checkpoint.checkpoint(layer, query, visual, text, text_mask, use_reentrant=False)
+                query = torch.utils.checkpoint.checkpoint(
+                    layer, query, visual, text, text_mask, use_reentrant=False
+                )
             else:
                 query = layer(query, visual, text, text_mask)
         return self.layer_linagg(query, visual)

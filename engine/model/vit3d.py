@@ -49,11 +49,15 @@ class PatchFlatten(nn.Module):
 class PatchEmbedding(nn.Module):
     """Patch flattening + Linear + learned position embedding: ``(B, C, D, H, W) -> (B, n_patches, E)``."""
 
-    def __init__(self, in_channels: int, img_size: Sequence[int], patch_size: Sequence[int], hidden_size: int):
+    def __init__(
+        self, in_channels: int, img_size: Sequence[int], patch_size: Sequence[int], hidden_size: int
+    ):
         super().__init__()
         for i, p in zip(img_size, patch_size):
             if i % p:
-                raise ValueError(f"img_size {tuple(img_size)} is not divisible by patch_size {tuple(patch_size)}")
+                raise ValueError(
+                    f"img_size {tuple(img_size)} is not divisible by patch_size {tuple(patch_size)}"
+                )
         n_patches = 1
         for i, p in zip(img_size, patch_size):
             n_patches *= i // p
