@@ -115,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         out_i = argv.index("--out") + 1 if "--out" in argv else None
         argv = argv + ["--output_dir", str(Path(argv[out_i]) / "trainer") if out_i else "sft-trainer"]
     parser = HfArgumentParser((SFTScriptArguments, TrainingArguments))
+    defaults = default_training_args("sft-out")
+    parser.set_defaults(**{k: getattr(defaults, k) for k in (
+        "per_device_train_batch_size", "learning_rate", "logging_steps", "save_strategy", "report_to", "bf16",
+        "use_cpu", "dataloader_num_workers")})
     script, targs = parser.parse_args_into_dataclasses(args=argv)
     targs.remove_unused_columns = False
     try:
