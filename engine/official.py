@@ -89,7 +89,10 @@ def u2tokenizer_from_official(state_dict: Mapping[str, torch.Tensor], **kwargs: 
     **kwargs : the official constructor arguments (``embed_size, num_heads, num_layers, top_k,
         use_multi_scale, num_3d_query_token, hidden_size, enable_diffts, enable_dmtp, enable_rpe``,
         ``attn_type``) and Mu2's own (``max_rel_pos, scales, tau, strict_official, dmtp_gate``).
-        Sizes left out are read from the tensor shapes; ``use_multi_scale`` defaults to True.
+        Sizes left out are read from the tensor shapes; ``use_multi_scale`` defaults to True (it
+        leaves no trace in the weights), and a RoPE state dict has no tensor that reveals
+        ``num_heads``, so pass it. Without ``attn_type``/``enable_rpe`` the kind is read from the
+        presence of ``relative_bias`` tensors. Parameters are float32 whatever the file's dtype.
 
     Raises
     ------

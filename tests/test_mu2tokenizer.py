@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from engine.errors import Mu2CheckpointError, Mu2Error
 from engine.model.attention import RelativeBiasSelfAttention, relative_position_index
+from engine.model.kernels import linear
 from engine.model.mu2tokenizer import Mu2Tokenizer
 from engine.model.svr import DynamicMultiScalePooling, MultiScaleTokens, pool_tokens
 from engine.official import u2tokenizer_from_official
@@ -264,3 +265,22 @@ def test_backward_reaches_every_parameter_and_checkpointing_agrees():
     for n, g in grads.items():
         torch.testing.assert_close(dict(model.named_parameters())[n].grad, g, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(v.grad, grad_v, atol=1e-5, rtol=1e-4)
+
+
+def test_kernel_linear_matches_f_linear_and_respects_wrappers():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, 8)
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(linear(lin, x), F.linear(x, lin.weight, lin.bias))
+        torch.testing.assert_close(linear(lin, x, bias=False), F.linear(x, lin.weight))
+        lin16, x16 = torch.nn.Linear(16, 8).bfloat16(), x.bfloat16()
+        torch.testing.assert_close(linear(lin16, x16), lin16(x16), atol=0, rtol=0)
+    y = linear(lin, x)  # recording gradients: plain F.linear, differentiable
+    y.sum().backward()
+    assert lin.weight.grad is not None
+    calls = []
+    lin.register_forward_hook(lambda m, i, o: calls.append(1))
+    with torch.no_grad():
+        linear(lin, x)
+    assert calls == [1]  # a hooked (e.g. adapter-wrapped) layer is called, not bypassed

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import Mu2Error
+from engine.model.kernels import linear
 
 __all__ = [
     "CrossAttention",
@@ -94,7 +95,7 @@ class _Projections(nn.Module):
         Three GEMMs: fusing them (concatenating the weights per call) measured no faster on CPU
         and costs a weight-sized copy in forward and backward.
         """
-        return tuple(split_heads(lin(x), self.num_heads) for lin in (self.wq, self.wk, self.wv))  # type: ignore[return-value]
+        return tuple(split_heads(linear(lin, x), self.num_heads) for lin in (self.wq, self.wk, self.wv))  # type: ignore[return-value]
 
 
 class RelativeBiasSelfAttention(_Projections):
@@ -126,8 +127,9 @@ class RelativeBiasSelfAttention(_Projections):
         """``(B, L, E) -> (B, L, E)``."""
         q, k, v = self._qkv(x)
         bias = self.position_bias(x.shape[1]).to(q.dtype)
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.dense(merge_heads(ctx))
+        ctx = merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
+        del q, k, v  # lowers the inference peak; autograd keeps what it needs
+        return linear(self.dense, ctx)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -181,8 +183,9 @@ class RotarySelfAttention(_Projections):
         cos, sin = self.rotary(x.shape[1], q.dtype)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        ctx = F.scaled_dot_product_attention(q, k, v)
-        return self.dense(merge_heads(ctx))
+        ctx = merge_heads(F.scaled_dot_product_attention(q, k, v))
+        del q, k, v
+        return linear(self.dense, ctx)
 
 
 class CrossAttention(_Projections):
@@ -206,21 +209,22 @@ class CrossAttention(_Projections):
         ``key_padding_mask`` ``(B, Lk)`` bool, True where the context token is real; ``None``
         attends to every context token (the official behaviour).
         """
-        q = split_heads(self.wq(query), self.num_heads)
-        k = split_heads(self.wk(context) if keys is None else keys, self.num_heads)
-        v = split_heads(self.wv(context) if values is None else values, self.num_heads)
+        q = split_heads(linear(self.wq, query), self.num_heads)
+        k = split_heads(linear(self.wk, context) if keys is None else keys, self.num_heads)
+        v = split_heads(linear(self.wv, context) if values is None else values, self.num_heads)
         mask = None
         if key_padding_mask is not None:
             mask = key_padding_mask[:, None, None, :]
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.dense(merge_heads(ctx))
+        ctx = merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+        del q, k, v
+        return linear(self.dense, ctx)
 
     def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Attention probabilities ``(B, Lq, E), (B, Lk, E) projected keys -> (B, H, Lq, Lk)``.
 
         Written out (not SDPA) because the caller needs the weights themselves.
         """
-        q = split_heads(self.wq(query), self.num_heads)
+        q = split_heads(linear(self.wq, query), self.num_heads)
         k = split_heads(keys, self.num_heads)
-        logits = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        logits = torch.matmul(q, k.transpose(-2, -1)).div_(math.sqrt(self.head_dim))
         return logits.softmax(dim=-1)

@@ -81,16 +81,18 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "image_token_id": 128011,
     },
     "demo": {
+        # One ViT patch per token cell (8×16×16 voxels, pool 1): the same 8×8×8 token grid as patch 4×8×8 with
+        # pool 2, at about a sixth of the ViT cost, which is what lets the demo model train on a 2-core CPU.
         "vision_config": {
             "in_channels": 1,
             "img_size": [8, 128, 128],
-            "patch_size": [4, 8, 8],
-            "hidden_size": 96,
-            "mlp_dim": 192,
+            "patch_size": [8, 16, 16],
+            "hidden_size": 128,
+            "mlp_dim": 256,
             "num_layers": 2,
             "num_heads": 4,
         },
-        "projector_config": {"pool": 2, "hidden_size": 128},
+        "projector_config": {"pool": 1, "hidden_size": 128},
         "mu2tokenizer_config": {
             "num_heads": 4,
             "num_layers": 2,
@@ -102,7 +104,10 @@ _PRESETS: dict[str, dict[str, Any]] = {
             "attn_type": "rma",
             "max_rel_pos": 512,
             "scales": [1, 2, 4],
-            "tau": 1.0,
+            # Sharp soft selections (τ 0.1): at τ 1 a freshly initialised DTS averages all 512 tokens, so
+            # a lesion reaches the LM diluted 1/512 and a model trained from scratch on a CPU learned to
+            # ignore the image; at τ 0.1 each selection starts close to one token.
+            "tau": 0.1,
             "dmtp_gate": "official",
         },
         "text_config": {
@@ -122,8 +127,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "preprocess": {
             "image_size": [64, 128, 128],
             "chunk_depth": 8,
-            "patch_size": [4, 8, 8],
-            "pool": 2,
+            "patch_size": [8, 16, 16],
+            "pool": 1,
             "percentiles": [0.5, 99.5],
             "hu_window": None,
         },

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from engine.model.kernels import linear
+
 __all__ = ["SpatialPoolingProjector", "pool_grid"]
 
 
@@ -68,4 +70,7 @@ class SpatialPoolingProjector(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: Sequence[int] | None = None) -> torch.Tensor:
         """``(B, n_patches, in_dim) -> (B, num_tokens, out_dim)``; ``grid`` overrides ``patch_grid``."""
-        return self.projector(pool_grid(x, self.patch_grid if grid is None else grid, self.pool))
+        x = pool_grid(x, self.patch_grid if grid is None else grid, self.pool)
+        for layer in self.projector:
+            x = linear(layer, x) if isinstance(layer, nn.Linear) else layer(x)
+        return x

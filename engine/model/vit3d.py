@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import Mu2CheckpointError
+from engine.model.kernels import linear
 
 __all__ = ["ViT3D", "convert_m3d_clip_state_dict"]
 
@@ -69,7 +70,8 @@ class PatchEmbedding(nn.Module):
         nn.init.zeros_(self.patch_embeddings[1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.patch_embeddings(x) + self.position_embeddings
+        flat, proj = self.patch_embeddings
+        return linear(proj, flat(x)) + self.position_embeddings
 
 
 class SelfAttention(nn.Module):
@@ -85,9 +87,11 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, e = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, e // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            linear(self.qkv, x).view(b, n, 3, self.num_heads, e // self.num_heads).permute(2, 0, 3, 1, 4)
+        )
         ctx = F.scaled_dot_product_attention(q, k, v)
-        return self.out_proj(ctx.transpose(1, 2).reshape(b, n, e))
+        return linear(self.out_proj, ctx.transpose(1, 2).reshape(b, n, e))
 
 
 class MLP(nn.Module):
@@ -99,7 +103,7 @@ class MLP(nn.Module):
         self.linear2 = nn.Linear(mlp_dim, hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear2(F.gelu(self.linear1(x)))
+        return linear(self.linear2, F.gelu(linear(self.linear1, x)))
 
 
 class Block(nn.Module):

@@ -1,0 +1,116 @@
+"""training.demo (phantom training of the demo model), training.simulated_radiologist and the bundled model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.phantom import Finding, report_for
+from training.findings import extract_detailed, findings_score
+from training.simulated_radiologist import review_text
+
+TRUTH = [
+    Finding("Lung nodule", lobe="right upper lobe", size_mm=12.0),
+    Finding("Pleural effusion", side="left", size_mm=25.0),
+]
+
+
+def _labels(text: str) -> dict[str, set]:
+    out: dict[str, set] = {}
+    for f in extract_detailed(text):
+        out.setdefault(f.label, set()).add(f.laterality)
+    return out
+
+
+def test_radiologist_removes_false_adds_missed_and_fixes_the_side():
+    rng = np.random.default_rng(1)
+    draft = report_for(
+        [
+            Finding("Pleural effusion", side="right", size_mm=25.0),
+            Finding("Consolidation", lobe="left lower lobe"),
+        ],
+        rng,
+    )
+    review = review_text(draft, TRUTH, rng=3)
+    assert review.decision == "edited"
+    assert review.false == ("Consolidation",)
+    assert review.missing == ("Lung nodule",)
+    assert review.misplaced == ("Pleural effusion",)
+    final = _labels(review.final_text)
+    assert set(final) == {"Lung nodule", "Pleural effusion"}
+    assert final["Pleural effusion"] == {"left"}
+    assert findings_score(report_for(TRUTH, np.random.default_rng(9)), review.final_text).score == 1.0
+
+
+def test_radiologist_accepts_a_correct_draft_and_a_normal_one_unchanged():
+    draft = report_for(TRUTH, np.random.default_rng(5))  # other wording, same findings
+    review = review_text(draft, TRUTH, rng=0)
+    assert (review.decision, review.final_text) == ("accepted", draft)
+    normal = report_for([], np.random.default_rng(2))
+    assert review_text(normal, [], rng=0).decision == "accepted"
+    # a finding on a normal study is false: the normal report replaces the draft
+    wrong = review_text(draft, [], rng=0)
+    assert wrong.decision == "edited" and not any(_labels(wrong.final_text))
+
+
+def test_radiologist_fixes_a_nodule_size():
+    draft = report_for(
+        [
+            Finding("Lung nodule", lobe="right upper lobe", size_mm=28.0),
+            Finding("Pleural effusion", side="left", size_mm=25.0),
+        ],
+        np.random.default_rng(0),
+    )
+    review = review_text(draft, TRUTH, rng=0)
+    assert review.decision == "edited" and review.misassessed == ("Lung nodule",)
+
+
+def test_lesion_target_points_at_the_lesion_cells():
+    from tests.test_evaluate import _grid_map
+    from training.demo import lesion_target, token_coverage
+
+    gm = _grid_map(shape=(16, 32, 32), cell=(4, 8, 8))  # token grid (4, 4, 4), chunks of 8 slices
+    mask = np.zeros((16, 32, 32), dtype=bool)
+    mask[9:11, 2:4, 26:28] = True  # cell (2, 0, 3)
+    cover = token_coverage(mask, gm)
+    assert cover.shape == (gm.n_chunks, gm.tokens_per_chunk)
+    assert gm.as_grid(cover)[2, 0, 3] == pytest.approx(8 / (4 * 8 * 8))
+    assert cover.sum() == pytest.approx(cover.max())
+    target = lesion_target(
+        [Finding("Lung nodule", lobe="right upper lobe", size_mm=5.0)], [mask], gm, lesion_share=0.7
+    )
+    assert target.sum() == pytest.approx(1.0, abs=1e-6)
+    grid = gm.as_grid(target)
+    assert grid[2, 0, 3] == grid.max() and grid[3, 1, 2] == grid.max()  # the cell and its neighbours
+    assert grid[0, 3, 0] == pytest.approx(0.3 / 64)
+    assert lesion_target([Finding("Cardiomegaly")], [mask], gm) is None  # diffuse findings: no target
+
+
+def test_demo_training_smoke_writes_a_loadable_demo_checkpoint(tmp_path):
+    from engine.draft import Drafter
+    from training.demo import DemoConfig, train_demo
+
+    out = tmp_path / "demo"
+    stats = train_demo(out, DemoConfig(n_train=3, epochs=1, batch_size=2, max_steps=2, workers=1))
+    assert stats["steps"] == 2
+    drafter = Drafter.from_pretrained(out, device="cpu")
+    assert drafter.demo_model  # the card says "synthetic phantoms only"
+    assert "token selection supervised with phantom lesion masks" in drafter.model_card.lower()
+    cfg = drafter.model.config
+    assert drafter.tokenizer.convert_ids_to_tokens(cfg.image_token_id) == "<im_patch>"
+    from engine.phantom import make_phantom
+
+    draft = drafter.draft(make_phantom(10_000_000).volume, max_new_tokens=4)
+    assert draft.heatmap.shape == (64, 128, 128) and draft.heatmap.max() == pytest.approx(1.0)
+
+
+def test_bundled_demo_model_is_labelled_and_small():
+    from engine.weights import DEMO_DIR
+
+    if not (DEMO_DIR / "config.json").exists():
+        pytest.skip("no bundled demo model in engine/weights/demo")
+    card = (DEMO_DIR / "README.md").read_text()
+    assert "synthetic phantoms only" in card
+    assert "not for clinical use" in card
+    size = sum(f.stat().st_size for f in DEMO_DIR.glob("*.safetensors"))
+    assert 0 < size <= 40 * 1024 * 1024
