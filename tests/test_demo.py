@@ -91,8 +91,9 @@ def test_demo_training_smoke_writes_a_loadable_demo_checkpoint(tmp_path):
     from training.demo import DemoConfig, train_demo
 
     out = tmp_path / "demo"
-    stats = train_demo(out, DemoConfig(n_train=3, epochs=1, batch_size=2, max_steps=2, workers=1))
+    stats = train_demo(out, DemoConfig(n_train=3, vision_steps=2, epochs=1, batch_size=2, max_steps=2, workers=1))
     assert stats["steps"] == 2
+    assert set(stats["vision_final"]) >= {"probe", "depth", "study"}
     drafter = Drafter.from_pretrained(out, device="cpu")
     assert drafter.demo_model  # the card says "synthetic phantoms only"
     assert "token selection supervised with phantom lesion masks" in drafter.model_card.lower()
@@ -102,6 +103,25 @@ def test_demo_training_smoke_writes_a_loadable_demo_checkpoint(tmp_path):
 
     draft = drafter.draft(make_phantom(10_000_000).volume, max_new_tokens=4)
     assert draft.heatmap.shape == (64, 128, 128) and draft.heatmap.max() == pytest.approx(1.0)
+
+
+def test_demo_sft_stage_keeps_the_vit_and_projector_frozen(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from training.demo import DemoConfig, build_demo_model, train_demo
+
+    cfg = DemoConfig(n_train=2, vision_steps=0, epochs=1, batch_size=2, max_steps=2, workers=1, seed=3)
+    fresh, _ = build_demo_model(cfg.seed)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    train_demo(tmp_path / "demo", cfg)
+    after = load_file(str(tmp_path / "demo" / "model.safetensors"))
+    frozen = [k for k in after if ".vision_tower." in k or ".mm_projector." in k]
+    trained = [k for k in after if ".language_model." in k]
+    assert frozen and trained
+    for k in frozen:
+        assert torch.equal(after[k], before[k]), k
+    assert any(not torch.equal(after[k], before[k]) for k in trained)
 
 
 def test_bundled_demo_model_is_labelled_and_small():
