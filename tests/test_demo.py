@@ -91,7 +91,9 @@ def test_demo_training_smoke_writes_a_loadable_demo_checkpoint(tmp_path):
     from training.demo import DemoConfig, train_demo
 
     out = tmp_path / "demo"
-    stats = train_demo(out, DemoConfig(n_train=3, vision_steps=2, epochs=1, batch_size=2, max_steps=2, workers=1))
+    stats = train_demo(
+        out, DemoConfig(n_train=3, vision_steps=2, epochs=1, batch_size=2, max_steps=2, workers=1)
+    )
     assert stats["steps"] == 2
     assert set(stats["vision_final"]) >= {"probe", "depth", "study"}
     drafter = Drafter.from_pretrained(out, device="cpu")

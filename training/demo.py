@@ -189,14 +189,23 @@ def _phantom_example(job: tuple) -> PhantomExample:
     if cfg.cache:
         import hashlib
 
-        key = json.dumps([spec_dict, sorted(cfg.exclude_kinds), cfg.lesion_share, PHRASING_SEED, 5], sort_keys=True)
+        key = json.dumps(
+            [spec_dict, sorted(cfg.exclude_kinds), cfg.lesion_share, PHRASING_SEED, 5], sort_keys=True
+        )
         path = Path(cfg.cache) / f"{hashlib.sha256(key.encode()).hexdigest()[:12]}-{seed}.npz"
         if path.exists():
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
             target = arrays["target"] if arrays["target"].size else None
-            return PhantomExample(arrays["pixels"], question, str(arrays["report"]), f"phantom-{seed}", target,
-                                  arrays["token_kinds"], arrays["study"])
+            return PhantomExample(
+                arrays["pixels"],
+                question,
+                str(arrays["report"]),
+                f"phantom-{seed}",
+                target,
+                arrays["token_kinds"],
+                arrays["study"],
+            )
     from engine.phantom import make_phantom, report_for
     from engine.phantom_findings import draw_findings
     from engine.preprocess import PrepSpec, prepare
@@ -207,14 +216,22 @@ def _phantom_example(job: tuple) -> PhantomExample:
         findings = [f for f in drawn if f.kind not in cfg.exclude_kinds]
     ph = make_phantom(seed, findings=findings)
     mi = prepare(ph.volume, PrepSpec.from_dict(spec_dict))
-    ex = PhantomExample(mi.pixels.astype(np.float16), question, report_for(ph.findings, PHRASING_SEED),
-                        f"phantom-{seed}", lesion_target(ph.findings, ph.masks, mi.grid_map, cfg.lesion_share),
-                        token_kinds(ph.findings, ph.masks, mi.grid_map), study_labels(ph.findings))
+    ex = PhantomExample(
+        mi.pixels.astype(np.float16),
+        question,
+        report_for(ph.findings, PHRASING_SEED),
+        f"phantom-{seed}",
+        lesion_target(ph.findings, ph.masks, mi.grid_map, cfg.lesion_share),
+        token_kinds(ph.findings, ph.masks, mi.grid_map),
+        study_labels(ph.findings),
+    )
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
         target = ex.target if ex.target is not None else np.zeros(0, np.float32)
-        np.savez(tmp, pixels=ex.pixels, report=ex.answer, target=target, token_kinds=ex.token_kinds, study=ex.study)
+        np.savez(
+            tmp, pixels=ex.pixels, report=ex.answer, target=target, token_kinds=ex.token_kinds, study=ex.study
+        )
         tmp.replace(path)
     return ex
 
@@ -268,8 +285,9 @@ class DemoCollator(SFTCollator):
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         out = super().__call__(features)
         m = next((f["lesion_target"].numel() for f in features if f["lesion_target"] is not None), 1)
-        out["lesion_target"] = torch.stack([f["lesion_target"] if f["lesion_target"] is not None
-                                            else torch.zeros(m) for f in features])
+        out["lesion_target"] = torch.stack(
+            [f["lesion_target"] if f["lesion_target"] is not None else torch.zeros(m) for f in features]
+        )
         out["has_target"] = torch.tensor([float(f["lesion_target"] is not None) for f in features])
         out["token_kinds"] = torch.stack([f["token_kinds"] for f in features])
         out["study"] = torch.stack([f["study"] for f in features])
@@ -304,7 +322,9 @@ def _trainer_class():
                 head = F.binary_cross_entropy_with_logits(heads["study"](out_tokens(self.captured)), study)
                 loss, parts["study"] = loss + cfg.study_weight * head, head.item()
             if model.training and self.state.global_step % max(self.args.logging_steps, 1) == 0:
-                log.info("step %d: %s", self.state.global_step, ", ".join(f"{k} {v:.3f}" for k, v in parts.items()))
+                log.info(
+                    "step %d: %s", self.state.global_step, ", ".join(f"{k} {v:.3f}" for k, v in parts.items())
+                )
             return (loss, out) if return_outputs else loss
 
     return DemoTrainer
@@ -326,11 +346,18 @@ def demo_heads(model) -> torch.nn.ModuleDict:
     """Training-only heads (see the module docstring), attached to the model so optimizers find them."""
     e, q = model.config.hidden_size, model.config.num_image_tokens
     t = int(model.config.preprocess["image_size"][0]) // int(model.config.preprocess["chunk_depth"])
-    return torch.nn.ModuleDict({"token": torch.nn.Linear(e, len(KINDS)), "depth": torch.nn.Linear(e, t),
-                                "study": torch.nn.Linear(q * e, N_STUDY)})
+    return torch.nn.ModuleDict(
+        {
+            "token": torch.nn.Linear(e, len(KINDS)),
+            "depth": torch.nn.Linear(e, t),
+            "study": torch.nn.Linear(q * e, N_STUDY),
+        }
+    )
 
 
-def pretrain_vision(model, examples: list[PhantomExample], question_ids: torch.Tensor, cfg: DemoConfig) -> dict:
+def pretrain_vision(
+    model, examples: list[PhantomExample], question_ids: torch.Tensor, cfg: DemoConfig
+) -> dict:
     """Stage 1: train the ViT, projector and μ²Tokenizer on the phantoms' ground truth alone (no LM).
 
     Measured on 1,400 training / 200 held-out phantoms (study-level AUC of the flattened μ²Tokenizer output):
@@ -356,7 +383,7 @@ def pretrain_vision(model, examples: list[PhantomExample], question_ids: torch.T
     for step in range(cfg.vision_steps):
         if len(order) < cfg.batch_size:
             order += rng.permutation(len(examples)).tolist()
-        batch, order = [examples[i] for i in order[: cfg.batch_size]], order[cfg.batch_size:]
+        batch, order = [examples[i] for i in order[: cfg.batch_size]], order[cfg.batch_size :]
         px = torch.from_numpy(np.stack([ex.pixels for ex in batch]).astype(np.float32))
         with torch.no_grad():  # the question's embeddings belong to the LM, trained in stage 2
             text = m.get_input_embeddings()(question_ids)[None].expand(len(batch), -1, -1)
@@ -368,16 +395,25 @@ def pretrain_vision(model, examples: list[PhantomExample], question_ids: torch.T
         depth = torch.arange(t).repeat_interleave(n).repeat(b)
         parts = {
             # Lesion cells are rare (a small nodule touches 1 of 512): weigh them up.
-            "probe": F.binary_cross_entropy_with_logits(heads["token"](v.flatten(1, 2)), kinds,
-                                                        pos_weight=kinds.new_tensor(10.0)),
+            "probe": F.binary_cross_entropy_with_logits(
+                heads["token"](v.flatten(1, 2)), kinds, pos_weight=kinds.new_tensor(10.0)
+            ),
             "depth": F.cross_entropy(heads["depth"](v).reshape(-1, t), depth),
             "study": F.binary_cross_entropy_with_logits(heads["study"](out.tokens.flatten(1)), study),
         }
-        loss = cfg.probe_weight * parts["probe"] + cfg.depth_weight * parts["depth"] + cfg.study_weight * parts["study"]
+        loss = (
+            cfg.probe_weight * parts["probe"]
+            + cfg.depth_weight * parts["depth"]
+            + cfg.study_weight * parts["study"]
+        )
         has = torch.tensor([float(ex.target is not None) for ex in batch])
         if cfg.aux_weight > 0 and bool(has.any()):
-            target = torch.stack([torch.from_numpy(ex.target.reshape(-1)) if ex.target is not None
-                                  else torch.zeros(t * n) for ex in batch])
+            target = torch.stack(
+                [
+                    torch.from_numpy(ex.target.reshape(-1)) if ex.target is not None else torch.zeros(t * n)
+                    for ex in batch
+                ]
+            )
             parts["selection"] = selection_loss(out.dts_weights, target, has)
             loss = loss + cfg.aux_weight * parts["selection"]
         opt.zero_grad(set_to_none=True)
@@ -387,14 +423,20 @@ def pretrain_vision(model, examples: list[PhantomExample], question_ids: torch.T
         sched.step()
         last = {k: round(v.item(), 4) for k, v in parts.items()}
         if step % 50 == 0 or step == cfg.vision_steps - 1:
-            log.info("vision step %d/%d: %s (%.0f s)", step, cfg.vision_steps,
-                     ", ".join(f"{k} {v:.3f}" for k, v in last.items()), time.perf_counter() - t0)
+            log.info(
+                "vision step %d/%d: %s (%.0f s)",
+                step,
+                cfg.vision_steps,
+                ", ".join(f"{k} {v:.3f}" for k, v in last.items()),
+                time.perf_counter() - t0,
+            )
     return {"vision_seconds": round(time.perf_counter() - t0, 1), "vision_final": last}
 
 
 @torch.no_grad()
-def init_sharp_tokenizer(model, bias: float = SVR_SELF_BIAS, score_gain: float = SCORE_GAIN,
-                         agg_gain: float = AGG_GAIN) -> None:
+def init_sharp_tokenizer(
+    model, bias: float = SVR_SELF_BIAS, score_gain: float = SCORE_GAIN, agg_gain: float = AGG_GAIN
+) -> None:
     """Start the μ²Tokenizer from sharp attention instead of averages (initial weights only).
 
     Measured on a fresh demo model, every stage averages: the SVR mixes all tokens, each DTS selection
@@ -432,7 +474,11 @@ def init_patch_thumbnails(model) -> None:
     weight = torch.zeros(hidden, idx.size)
     blocks = [p // g for p, g in zip(patch, grid)]
     for o, (a, b, c) in enumerate(np.ndindex(*grid)):
-        cells = idx[a * blocks[0]:(a + 1) * blocks[0], b * blocks[1]:(b + 1) * blocks[1], c * blocks[2]:(c + 1) * blocks[2]]
+        cells = idx[
+            a * blocks[0] : (a + 1) * blocks[0],
+            b * blocks[1] : (b + 1) * blocks[1],
+            c * blocks[2] : (c + 1) * blocks[2],
+        ]
         weight[o, cells.reshape(-1)] = 1.0 / cells.size
     with torch.no_grad():
         lin.weight.copy_(weight * int(vc.get("in_channels", 1)) ** -1)
@@ -447,7 +493,9 @@ def _split_grid(patch: list[int], n: int) -> tuple[int, int, int] | None:
             if n % (d * h) or patch[0] % d or patch[1] % h:
                 continue
             w = n // (d * h)
-            if patch[2] % w == 0 and (best is None or abs(h - w) + abs(d - 2) < abs(best[1] - best[2]) + abs(best[0] - 2)):
+            if patch[2] % w == 0 and (
+                best is None or abs(h - w) + abs(d - 2) < abs(best[1] - best[2]) + abs(best[0] - 2)
+            ):
                 best = (d, h, w)
     return best
 
@@ -480,29 +528,56 @@ def train_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict:
     examples = phantom_examples(seeds, dict(model.config.preprocess), model.config.default_question, cfg)
     t_data = time.perf_counter() - t0
     model.demo_heads = demo_heads(model)
-    question_ids = torch.tensor(tokenizer(model.config.default_question, add_special_tokens=False)["input_ids"])
+    question_ids = torch.tensor(
+        tokenizer(model.config.default_question, add_special_tokens=False)["input_ids"]
+    )
     stage1 = pretrain_vision(model, examples, question_ids, cfg) if cfg.vision_steps > 0 else {}
     # Stage 2: SFT. The ViT and projector stay as stage 1 left them; the μ²Tokenizer and the study head go
     # on learning (the head keeps the visual tokens informative while the LM learns to read them).
-    for mod in (model.model.vision_tower, model.model.mm_projector, model.demo_heads["token"], model.demo_heads["depth"]):
+    for mod in (
+        model.model.vision_tower,
+        model.model.mm_projector,
+        model.demo_heads["token"],
+        model.demo_heads["depth"],
+    ):
         mod.requires_grad_(False)
     scratch = tempfile.TemporaryDirectory(prefix="mu2-demo-")  # Trainer's output_dir, kept out of the package
     args = default_training_args(
-        scratch.name, per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, lr_scheduler_type="cosine", warmup_steps=0.03,
-        weight_decay=0.01, max_grad_norm=1.0, seed=cfg.seed, data_seed=cfg.seed, logging_steps=25,
-        disable_tqdm=True, save_strategy="no",
+        scratch.name,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.03,
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=25,
+        disable_tqdm=True,
+        save_strategy="no",
     )
-    vision_side = [p for mod in (model.model.u2tokenizer, model.demo_heads["study"]) for p in mod.parameters()]
+    vision_side = [
+        p for mod in (model.model.u2tokenizer, model.demo_heads["study"]) for p in mod.parameters()
+    ]
     ids = {id(p) for p in vision_side}
     lm_side = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    optimizer = torch.optim.AdamW([{"params": lm_side, "lr": cfg.lr}, {"params": vision_side, "lr": cfg.vision_lr}],
-                                  weight_decay=0.01)
+    optimizer = torch.optim.AdamW(
+        [{"params": lm_side, "lr": cfg.lr}, {"params": vision_side, "lr": cfg.vision_lr}], weight_decay=0.01
+    )
     captured: dict[str, torch.Tensor] = {}
-    trainer = _trainer_class()(model=model, args=args, train_dataset=DemoDataset(examples, tokenizer, model.config),
-                               data_collator=DemoCollator(tokenizer.pad_token_id), optimizers=(optimizer, None))
+    trainer = _trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=DemoDataset(examples, tokenizer, model.config),
+        data_collator=DemoCollator(tokenizer.pad_token_id),
+        optimizers=(optimizer, None),
+    )
     trainer.demo, trainer.captured = cfg, captured
-    total = args.max_steps if args.max_steps > 0 else int(np.ceil(len(examples) / cfg.batch_size) * cfg.epochs)
+    total = (
+        args.max_steps if args.max_steps > 0 else int(np.ceil(len(examples) / cfg.batch_size) * cfg.epochs)
+    )
 
     def on_u2(module, inputs, output):
         captured["u2"] = output.tokens
@@ -521,14 +596,25 @@ def train_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict:
     del model.demo_heads
     model.requires_grad_(True)
     scratch.cleanup()
-    extra = f" Finding kinds left out of training: {', '.join(cfg.exclude_kinds)}." if cfg.exclude_kinds else ""
-    notes = CARD_NOTES.format(**dataclasses.asdict(cfg), seeds=f"{seeds[0]}–{seeds[-1]}",
-                              minutes=(t_train + stage1.get("vision_seconds", 0.0)) / 60,
-                              extra=extra)
+    extra = (
+        f" Finding kinds left out of training: {', '.join(cfg.exclude_kinds)}." if cfg.exclude_kinds else ""
+    )
+    notes = CARD_NOTES.format(
+        **dataclasses.asdict(cfg),
+        seeds=f"{seeds[0]}–{seeds[-1]}",
+        minutes=(t_train + stage1.get("vision_seconds", 0.0)) / 60,
+        extra=extra,
+    )
     save_checkpoint(model, tokenizer, out, notes=notes, preset="demo")
-    stats = {"data_seconds": round(t_data, 1), **stage1, "train_seconds": round(t_train, 1), "steps": result.global_step,
-             "final_loss": round(float(result.training_loss), 4), "n_train": cfg.n_train,
-             "safetensors_bytes": sum(f.stat().st_size for f in out.glob("*.safetensors"))}
+    stats = {
+        "data_seconds": round(t_data, 1),
+        **stage1,
+        "train_seconds": round(t_train, 1),
+        "steps": result.global_step,
+        "final_loss": round(float(result.training_loss), 4),
+        "n_train": cfg.n_train,
+        "safetensors_bytes": sum(f.stat().st_size for f in out.glob("*.safetensors")),
+    }
     (out / "training_stats.json").write_text(json.dumps(stats, indent=1))
     return stats
 
@@ -543,13 +629,24 @@ def main(argv: list[str] | None = None) -> int:
         if f.name in ("exclude_kinds", "cache"):
             continue
         parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    parser.add_argument("--without-kind", action="append", default=[], metavar="KIND",
-                        help="leave a finding kind out of the training phantoms (a weaker start for the loop)")
+    parser.add_argument(
+        "--without-kind",
+        action="append",
+        default=[],
+        metavar="KIND",
+        help="leave a finding kind out of the training phantoms (a weaker start for the loop)",
+    )
     parser.add_argument("--cache", help="folder that keeps prepared phantoms between runs")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, see below)")
-    parser.add_argument("--eval", type=int, default=0, metavar="N", help="evaluate on N held-out phantoms after")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (default 1, see below)"
+    )
+    parser.add_argument(
+        "--eval", type=int, default=0, metavar="N", help="evaluate on N held-out phantoms after"
+    )
     loop = parser.add_argument_group("closed loop")
-    loop.add_argument("--closed-loop", action="store_true", help="review → DPO → evaluation instead of training")
+    loop.add_argument(
+        "--closed-loop", action="store_true", help="review → DPO → evaluation instead of training"
+    )
     loop.add_argument("--model", help="checkpoint to start from (default: the bundled demo model)")
     loop.add_argument("--n-review", type=int, default=64)
     loop.add_argument("--n-eval", type=int, default=100)
@@ -561,8 +658,14 @@ def main(argv: list[str] | None = None) -> int:
     # 0.7 s vs 1.4 s per batch of 8 with one thread vs two while other jobs ran), so one is the default.
     torch.set_num_threads(args.threads)
     if args.closed_loop:
-        result = closed_loop(args.model, args.out or "closed-loop", args.n_review, args.n_eval, args.seed,
-                             **{k: getattr(args, k) for k in LOOP_DEFAULTS})
+        result = closed_loop(
+            args.model,
+            args.out or "closed-loop",
+            args.n_review,
+            args.n_eval,
+            args.seed,
+            **{k: getattr(args, k) for k in LOOP_DEFAULTS},
+        )
         print(result["table"])
         return 0
     if not args.out:
@@ -571,7 +674,9 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         parser.error(f"unknown finding kind(s) {bad}; use one of {', '.join(KINDS)}")
     names = {f.name for f in dataclasses.fields(DemoConfig)}
-    cfg = DemoConfig(**{k: v for k, v in vars(args).items() if k in names}, exclude_kinds=tuple(args.without_kind))
+    cfg = DemoConfig(
+        **{k: v for k, v in vars(args).items() if k in names}, exclude_kinds=tuple(args.without_kind)
+    )
     print(json.dumps(train_demo(args.out, cfg)))
     if args.eval:
         from engine.draft import Drafter

@@ -232,7 +232,11 @@ def closed_loop(
             str(seed),
             "--logging_steps",
             "10",
-            *(["--loss_type", "sigmoid", "sft", "--loss_weights", "1.0", str(sft_weight)] if sft_weight > 0 else []),
+            *(
+                ["--loss_type", "sigmoid", "sft", "--loss_weights", "1.0", str(sft_weight)]
+                if sft_weight > 0
+                else []
+            ),
         ]
     )
     after = evaluate_model(Drafter.from_pretrained(out / "dpo", device="cpu"), test)
@@ -242,8 +246,13 @@ def closed_loop(
         "edited": n_edit,
         "accepted": n_review - n_edit,
         "n_eval": n_eval,
-        "dpo": {"steps": dpo_steps, "learning_rate": dpo_lr, "beta": beta, "green_samples": green_samples,
-                "sft_weight": sft_weight},
+        "dpo": {
+            "steps": dpo_steps,
+            "learning_rate": dpo_lr,
+            "beta": beta,
+            "green_samples": green_samples,
+            "sft_weight": sft_weight,
+        },
         "before": before,
         "after": after,
         "minutes": round((time.perf_counter() - t0) / 60, 1),
