@@ -273,14 +273,13 @@ class DemoDataset(SFTDataset):
         item = super().__getitem__(i)
         ex = self.examples[i]
         item["lesion_target"] = None if ex.target is None else torch.from_numpy(ex.target.reshape(-1))
-        item["token_kinds"] = torch.from_numpy(ex.token_kinds.astype(np.float32))
         item["study"] = torch.from_numpy(ex.study)
         return item
 
 
 @dataclass
 class DemoCollator(SFTCollator):
-    """``SFTCollator`` plus ``lesion_target`` (B, M), ``has_target`` (B,), ``token_kinds``, ``study``."""
+    """``SFTCollator`` plus ``lesion_target`` (B, M), ``has_target`` (B,) and ``study``."""
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         out = super().__call__(features)
@@ -289,7 +288,6 @@ class DemoCollator(SFTCollator):
             [f["lesion_target"] if f["lesion_target"] is not None else torch.zeros(m) for f in features]
         )
         out["has_target"] = torch.tensor([float(f["lesion_target"] is not None) for f in features])
-        out["token_kinds"] = torch.stack([f["token_kinds"] for f in features])
         out["study"] = torch.stack([f["study"] for f in features])
         return out
 
@@ -309,7 +307,6 @@ def _trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             target, has = inputs.pop("lesion_target"), inputs.pop("has_target")
-            inputs.pop("token_kinds")
             study = inputs.pop("study")
             self.captured.clear()
             out = model(**inputs)
