@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -284,3 +285,26 @@ def test_kernel_linear_matches_f_linear_and_respects_wrappers():
     with torch.no_grad():
         linear(lin, x)
     assert calls == [1]  # a hooked (e.g. adapter-wrapped) layer is called, not bypassed
+
+
+def test_kernel_linear_packed_weight_follows_weight_changes():
+    torch.manual_seed(0)
+    lin, x = torch.nn.Linear(16, 8), torch.randn(2, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(linear(lin, x, pack=True), F.linear(x, lin.weight, lin.bias))
+        lin.weight.add_(1.0)  # what an optimizer step does: the packed copy must not go stale
+        torch.testing.assert_close(linear(lin, x, pack=True), F.linear(x, lin.weight, lin.bias))
+        lin.load_state_dict({"weight": torch.zeros(8, 16), "bias": torch.ones(8)})
+        torch.testing.assert_close(linear(lin, x, pack=True), torch.ones(2, 5, 8))
+    copy.deepcopy(lin)  # the packed copy lives outside the module: models still deep-copy (trl's reference)
+
+
+def test_kernel_linear_gelu_is_gelu_after_linear():
+    torch.manual_seed(0)
+    lin, x = torch.nn.Linear(16, 32), torch.randn(3, 16) * 3
+    expected = F.gelu(F.linear(x, lin.weight, lin.bias))
+    with torch.no_grad():
+        torch.testing.assert_close(linear(lin, x, activation="gelu", pack=True), expected)
+    torch.testing.assert_close(linear(lin, x, activation="gelu"), expected, atol=0, rtol=0)  # autograd path
+    with pytest.raises(ValueError, match="activation"):
+        linear(lin, x, activation="relu")
