@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from engine.phantom import Finding, report_for
 from training.findings import extract_detailed, findings_score
@@ -136,3 +137,19 @@ def test_bundled_demo_model_is_labelled_and_small():
     assert "not for clinical use" in card
     size = sum(f.stat().st_size for f in DEMO_DIR.glob("*.safetensors"))
     assert 0 < size <= 40 * 1024 * 1024
+
+
+def test_balanced_probe_loss_weighs_rare_lesion_cells_like_the_rest():
+    from training.demo import probe_loss
+
+    kinds = torch.zeros(1, 100, 2)
+    kinds[0, 0, 0] = 1.0  # one lesion cell of kind 0 among 100; kind 1 absent
+    missed, found = torch.zeros(1, 100, 2), torch.zeros(1, 100, 2)
+    missed[0, 0, 0], found[0, 0, 0] = -5.0, 5.0
+
+    def cost_of_missing(balanced: bool) -> float:
+        return float(probe_loss(missed, kinds, balanced) - probe_loss(found, kinds, balanced))
+
+    # Balanced, the one lesion cell has a mean term of its own: missing it costs 2.5 here.
+    assert cost_of_missing(True) > 2.0
+    assert cost_of_missing(True) > 5 * cost_of_missing(False)

@@ -50,7 +50,7 @@ CARD_NOTES = (
     "their ground-truth findings in one fixed phrasing; `python -m training.demo` (seed {seed}, {minutes:.1f} min "
     "on a CPU) in two stages. Stage 1 ({vision_steps} steps, no language model): the ViT, projector and "
     "μ²Tokenizer learnt from the phantoms' ground truth through training-only heads, not part of this "
-    "checkpoint: which finding kinds each projector token shows (weight {probe_weight}), which chunk it comes "
+    "checkpoint: which finding kinds each projector token shows (weight {probe_weight}; {probe_kind}), which chunk it comes "
     "from (weight {depth_weight}), and which findings, lobes, effusion sides and nodule sizes the study has, read "
     "from the visual tokens the LM receives (weight {study_weight}); token selection supervised with phantom "
     "lesion masks (an auxiliary cross-entropy pulled the μ²Tokenizer's mean selection weight toward the token "
@@ -82,6 +82,7 @@ class DemoConfig:
     lr: float = 1e-3
     aux_weight: float = 1.0
     probe_weight: float = 1.0
+    probe_balanced: int = 1  # token probe: mean over positive cells + mean over the rest, per kind
     depth_weight: float = 1.0
     study_weight: float = 3.0
     lm_vision_after: float = 0.3  # fraction of the SFT steps before the LM loss reaches the μ²Tokenizer
@@ -333,6 +334,26 @@ def selection_loss(dts_weights: torch.Tensor, target: torch.Tensor, has: torch.T
     return (-(target * chosen.log()).sum(dim=-1) * has).sum() / has.sum().clamp_min(1.0)
 
 
+def probe_loss(logits: torch.Tensor, kinds: torch.Tensor, balanced: bool) -> torch.Tensor:
+    """Token probe loss over ``(B, M, K)`` logits and 0/1 kinds.
+
+    Lesion cells are rare (a small nodule touches 1 of 512 cells). ``balanced`` takes, per kind, the mean
+    loss over its positive cells plus the mean over the rest; otherwise positives weigh ×10. Trained alone
+    on 1,400 phantoms for 400 steps, the balanced probe told lesion cells from the others far better (cell
+    AUC 0.92–0.99 per kind against 0.52–0.94), and the demo model trained with it drafts more findings and
+    points its heatmap at more lesions (see the model card).
+    """
+    import torch.nn.functional as F
+
+    if not balanced:
+        return F.binary_cross_entropy_with_logits(logits, kinds, pos_weight=kinds.new_tensor(10.0))
+    loss = F.binary_cross_entropy_with_logits(logits, kinds, reduction="none").flatten(0, 1)
+    y = kinds.flatten(0, 1)
+    pos = (loss * y).sum(0) / y.sum(0).clamp_min(1.0)
+    neg = (loss * (1 - y)).sum(0) / (1 - y).sum(0).clamp_min(1.0)
+    return (pos + neg).mean()
+
+
 def out_tokens(captured: dict) -> torch.Tensor:
     """The Q visual tokens the LM receives, flattened per study ``(B, Q·E)``: the study head reads each query
     at its own place, as the LM does, instead of pooling them."""
@@ -392,10 +413,7 @@ def pretrain_vision(
         study = torch.from_numpy(np.stack([ex.study for ex in batch]))
         depth = torch.arange(t).repeat_interleave(n).repeat(b)
         parts = {
-            # Lesion cells are rare (a small nodule touches 1 of 512): weigh them up.
-            "probe": F.binary_cross_entropy_with_logits(
-                heads["token"](v.flatten(1, 2)), kinds, pos_weight=kinds.new_tensor(10.0)
-            ),
+            "probe": probe_loss(heads["token"](v.flatten(1, 2)), kinds, bool(cfg.probe_balanced)),
             "depth": F.cross_entropy(heads["depth"](v).reshape(-1, t), depth),
             "study": F.binary_cross_entropy_with_logits(heads["study"](out.tokens.flatten(1)), study),
         }
@@ -600,6 +618,9 @@ def train_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict:
     notes = CARD_NOTES.format(
         **dataclasses.asdict(cfg),
         seeds=f"{seeds[0]}–{seeds[-1]}",
+        probe_kind="positive and negative cells averaged separately per kind"
+        if cfg.probe_balanced
+        else "lesion cells weighed ×10",
         minutes=(t_train + stage1.get("vision_seconds", 0.0)) / 60,
         extra=extra,
     )
