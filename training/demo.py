@@ -75,7 +75,7 @@ class DemoConfig:
 
     seed: int = 0
     n_train: int = 1600
-    vision_steps: int = 1500  # stage 1: vision side with the phantom heads only
+    vision_steps: int = 3000  # stage 1: vision side with the phantom heads only
     vision_lr: float = 3e-4
     epochs: float = 6.0  # stage 2: SFT with the ViT and projector frozen
     batch_size: int = 8
