@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from engine.phantom_findings import KINDS, LOBES
 from training.data import Example, SFTCollator, SFTDataset
@@ -297,7 +298,6 @@ class DemoCollator(SFTCollator):
 
 
 def _trainer_class():
-    import torch.nn.functional as F
     from transformers import Trainer
 
     class DemoTrainer(Trainer):
@@ -317,7 +317,9 @@ def _trainer_class():
                 sel = selection_loss(out.dts_weights, target, has)
                 loss, parts["selection"] = loss + cfg.aux_weight * sel, sel.item()
             if cfg.study_weight > 0:
-                head = F.binary_cross_entropy_with_logits(heads["study"](out_tokens(self.captured)), study)
+                head = F.binary_cross_entropy_with_logits(
+                    heads["study"](out_tokens(self.captured["u2"])), study
+                )
                 loss, parts["study"] = loss + cfg.study_weight * head, head.item()
             if model.training and self.state.global_step % max(self.args.logging_steps, 1) == 0:
                 log.info(
@@ -343,8 +345,6 @@ def probe_loss(logits: torch.Tensor, kinds: torch.Tensor, balanced: bool) -> tor
     AUC 0.92–0.99 per kind against 0.52–0.94), and the demo model trained with it drafts more findings and
     points its heatmap at more lesions (see the model card).
     """
-    import torch.nn.functional as F
-
     if not balanced:
         return F.binary_cross_entropy_with_logits(logits, kinds, pos_weight=kinds.new_tensor(10.0))
     loss = F.binary_cross_entropy_with_logits(logits, kinds, reduction="none").flatten(0, 1)
@@ -354,10 +354,10 @@ def probe_loss(logits: torch.Tensor, kinds: torch.Tensor, balanced: bool) -> tor
     return (pos + neg).mean()
 
 
-def out_tokens(captured: dict) -> torch.Tensor:
-    """The Q visual tokens the LM receives, flattened per study ``(B, Q·E)``: the study head reads each query
-    at its own place, as the LM does, instead of pooling them."""
-    return captured["u2"].float().flatten(1)
+def out_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """The Q visual tokens the LM receives ``(B, Q, E)``, flattened per study ``(B, Q·E)``: the study head reads
+    each query at its own place, as the LM does, instead of pooling them."""
+    return tokens.float().flatten(1)
 
 
 def demo_heads(model) -> torch.nn.ModuleDict:
@@ -387,7 +387,6 @@ def pretrain_vision(
     the base (with it: cardiomegaly 1.00, pleural effusion 0.94, pericardial effusion 0.87 at step 700;
     without: 0.74, 0.82, 0.76). The small findings stayed at chance.
     """
-    import torch.nn.functional as F
     from transformers import get_cosine_schedule_with_warmup
 
     m, heads = model.model, model.demo_heads
@@ -415,7 +414,7 @@ def pretrain_vision(
         parts = {
             "probe": probe_loss(heads["token"](v.flatten(1, 2)), kinds, bool(cfg.probe_balanced)),
             "depth": F.cross_entropy(heads["depth"](v).reshape(-1, t), depth),
-            "study": F.binary_cross_entropy_with_logits(heads["study"](out.tokens.flatten(1)), study),
+            "study": F.binary_cross_entropy_with_logits(heads["study"](out_tokens(out.tokens)), study),
         }
         loss = (
             cfg.probe_weight * parts["probe"]

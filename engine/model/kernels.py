@@ -69,9 +69,10 @@ def linear(
     ):
         try:
             weight = _packed_weight(module, x) if pack else module.weight
-            if activation == "gelu":
-                return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, b, "gelu", [], "none")
-            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, b, "none", [], "")
+            attr, algorithm = (
+                ("gelu", "none") if activation == "gelu" else ("none", "")
+            )  # "none": exact erf GELU
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, b, attr, [], algorithm)
         except RuntimeError as err:  # an unusual build: fall back for good
             log.debug("oneDNN linear unavailable (%s); using F.linear", err)
             _onednn_ok = False
