@@ -69,9 +69,8 @@ def linear(
     ):
         try:
             weight = _packed_weight(module, x) if pack else module.weight
-            attr, algorithm = (
-                ("gelu", "none") if activation == "gelu" else ("none", "")
-            )  # "none": exact erf GELU
+            # GELU's algorithm "none" is the exact (erf) GELU, as F.gelu computes it.
+            attr, algorithm = ("gelu", "none") if activation == "gelu" else ("none", "")
             return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, b, attr, [], algorithm)
         except RuntimeError as err:  # an unusual build: fall back for good
             log.debug("oneDNN linear unavailable (%s); using F.linear", err)
