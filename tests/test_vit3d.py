@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from engine.errors import Mu2CheckpointError
+from engine.model.kernels import attention
 from engine.model.projector import SpatialPoolingProjector, pool_grid
 from engine.model.vit3d import PatchFlatten, ViT3D, convert_m3d_clip_state_dict
 
@@ -79,6 +80,20 @@ def test_attention_matches_written_out_softmax():
         ((q @ k.transpose(-1, -2)) * 0.5).softmax(-1).matmul(v).transpose(1, 2).reshape(2, 9, 16)
     )
     torch.testing.assert_close(attn(x), expected)
+
+
+def test_bfloat16_inference_attention_is_monai_sablock_in_bfloat16():
+    # 300 queries: two full blocks of 128 and a partial one.
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 300, 32).bfloat16() for _ in range(3))
+    scores = torch.einsum("bhxd,bhyd->bhxy", q, k) * 32**-0.5  # MONAI SABlock, all in bfloat16
+    monai = torch.einsum("bhxy,bhyd->bhxd", scores.softmax(-1), v)
+    with torch.no_grad():
+        out = attention(q, k, v)
+    torch.testing.assert_close(out, monai, atol=0, rtol=0)
+    exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    torch.testing.assert_close(out.float(), exact, atol=0.02, rtol=0.02)
+    torch.testing.assert_close(attention(q.float(), k.float(), v.float()), exact)  # float32: SDPA
 
 
 def test_bfloat16_forward_runs():
