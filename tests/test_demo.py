@@ -153,3 +153,23 @@ def test_balanced_probe_loss_weighs_rare_lesion_cells_like_the_rest():
     # Balanced, the one lesion cell has a mean term of its own: missing it costs 2.5 here.
     assert cost_of_missing(True) > 2.0
     assert cost_of_missing(True) > 5 * cost_of_missing(False)
+
+
+def test_green_ranked_pairs_are_scored_against_the_signed_off_report(tmp_path, monkeypatch):
+    import training.prefs
+    from engine.phantom import make_phantom
+    from training.simulated_radiologist import _green_ranked_pairs
+
+    seen = {}
+
+    def fake_green_pairs(rows, drafter, n, temperature, top_p, scorer, seed, out_inputs=None):
+        seen["answers"] = [r["answer"] for r in rows]
+        return [{"input": "x", "question": "q", "chosen": "a", "rejected": "b", "source": "green"}]
+
+    monkeypatch.setattr(training.prefs, "green_pairs", fake_green_pairs)
+    phantoms = [make_phantom(s, shape=(16, 32, 32)) for s in (1, 2)]
+    signed = ["the radiologist's first report", "the radiologist's second report"]
+    path = _green_ranked_pairs(None, phantoms, signed, tmp_path, n=4, seed=0)
+    # The department's reference is what the radiologist signed, never the phantom's ground-truth report.
+    assert seen["answers"] == signed and signed[0] != phantoms[0].report
+    assert path is not None and path.exists()

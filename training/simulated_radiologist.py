@@ -147,8 +147,9 @@ def _comment(review: SimulatedReview) -> str:
 LOOP_DEFAULTS = {"dpo_steps": 120, "dpo_lr": 2e-5, "beta": 0.1, "green_samples": 0, "sft_weight": 1.0}
 
 
-def _green_ranked_pairs(drafter, phantoms, folder: Path, n: int, seed: int) -> Path | None:
-    """GREEN-style ranked pairs (``training.prefs.green_pairs`` with ``findings_scorer``) for ``phantoms``."""
+def _green_ranked_pairs(drafter, phantoms, references, folder: Path, n: int, seed: int) -> Path | None:
+    """GREEN-style ranked pairs (``training.prefs.green_pairs`` with ``findings_scorer``) for ``phantoms``,
+    each sample scored against the report the radiologist signed off (``references``)."""
     import SimpleITK as sitk
 
     from training.prefs import findings_scorer, green_pairs, write_pairs
@@ -156,10 +157,10 @@ def _green_ranked_pairs(drafter, phantoms, folder: Path, n: int, seed: int) -> P
     vols = folder / "volumes"
     vols.mkdir(parents=True, exist_ok=True)
     rows = []
-    for ph in phantoms:  # green_pairs reads volumes from files, like a manifest
+    for ph, ref in zip(phantoms, references):  # green_pairs reads volumes from files, like a manifest
         path = vols / f"{ph.volume.case_id}.nii.gz"
         sitk.WriteImage(ph.volume.to_sitk(), str(path))
-        rows.append({"volume": str(path), "answer": ph.report})
+        rows.append({"volume": str(path), "answer": ref})
     pairs = green_pairs(rows, drafter, n, 1.0, 0.9, findings_scorer, seed, out_inputs=folder / "inputs")
     if not pairs:
         return None
@@ -201,8 +202,10 @@ def closed_loop(
     reviews = review_phantoms(drafter, review_set, ReviewStore(out / "reviews"))
     prefs = [str(out / "reviews")]
     if green_samples > 1:
-        accepted = [ph for ph, r in zip(review_set, reviews) if r.decision == "accepted"]
-        ranked = _green_ranked_pairs(drafter, accepted, out / "green", green_samples, seed)
+        # Every reviewed study, its samples ranked against what the radiologist signed off: the department's
+        # reference, not the phantom's ground truth, which a real loop never has.
+        finals = [r.final_text for r in reviews]
+        ranked = _green_ranked_pairs(drafter, review_set, finals, out / "green", green_samples, seed)
         prefs += [str(ranked)] if ranked else []
     del drafter
     n_edit = sum(r.decision == "edited" for r in reviews)
