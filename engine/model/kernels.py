@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 _onednn_ok = bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def _plain_inference(*tensors: torch.Tensor) -> bool:
+    """No gradient is recorded through ``tensors`` and CPU autocast is off: our kernels may replace PyTorch's."""
+    recording = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return not recording and not torch.is_autocast_enabled("cpu")
+
+
 def is_plain_linear(module: nn.Module) -> bool:
     """A plain ``nn.Linear`` whose call may be replaced by a kernel of ours."""
     # Hooks or a subclass (e.g. a LoRA wrapper) must see the call: only plain nn.Linear may be bypassed.
@@ -70,8 +76,7 @@ def linear(
         and x.dtype in (torch.float32, torch.bfloat16)
         and x.device.type == "cpu"
         and module.weight.dtype == x.dtype
-        and not (torch.is_grad_enabled() and (x.requires_grad or module.weight.requires_grad))
-        and not torch.is_autocast_enabled("cpu")
+        and _plain_inference(x, module.weight)
         and is_plain_linear(module)
     ):
         try:
@@ -100,8 +105,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     if not (
         q.dtype == torch.bfloat16
         and q.device.type == "cpu"
-        and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
-        and not torch.is_autocast_enabled("cpu")
+        and _plain_inference(q, k, v)
     ):
         return F.scaled_dot_product_attention(q, k, v)
     b, h, n, d = q.shape
