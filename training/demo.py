@@ -401,12 +401,12 @@ def pretrain_vision(
     It is not overfitting: after 1,000 steps on 1,200 phantoms the study head separates the training phantoms
     themselves no better than held-out ones (nodule, emphysema, atelectasis, lymph node and calcification AUC
     0.43–0.51 on 300 training phantoms, 0.45–0.58 held out; 0.43–0.67 on training phantoms in every variant
-    below). Measured the same way, none of these taught the small kinds (held-out AUC 0.43–0.62 each):
-    lung [-1000, -400] and mediastinal [-150, 450] HU windows as extra ViT input channels (twice the step
-    time); batches of phantoms beside their normal twins (same anatomy and noise, no findings), so that only
-    the lesion tells a pair apart; a selection-loss weight of 0.1 or 0 (faster for pleural effusion: AUC
-    0.90 / 0.995 against 0.73, at a lower selection hit rate); that with lr 1e-3 (pleural effusion 0.98,
-    consolidation 0.68 against 0.52); the token probe weighed ×3.
+    below but the HU windows, where they were not scored). Measured the same way, none of these taught the
+    small kinds (held-out AUC 0.43–0.62 each): lung [-1000, -400] and mediastinal [-150, 450] HU windows as
+    extra ViT input channels (twice the step time); batches of phantoms beside their normal twins (same
+    anatomy and noise, no findings), so that only the lesion tells a pair apart; a selection-loss weight of
+    0.1 or 0 (faster for pleural effusion: AUC 0.90 / 0.995 against 0.73, at a lower selection hit rate);
+    that with lr 1e-3 (pleural effusion 0.98, consolidation 0.68 against 0.52); the token probe weighed ×3.
     """
     from transformers import get_cosine_schedule_with_warmup
 
