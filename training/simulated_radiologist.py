@@ -157,7 +157,8 @@ def _green_ranked_pairs(drafter, phantoms, references, folder: Path, n: int, see
     vols = folder / "volumes"
     vols.mkdir(parents=True, exist_ok=True)
     rows = []
-    for ph, ref in zip(phantoms, references):  # green_pairs reads volumes from files, like a manifest
+    # green_pairs reads volumes from files, like a manifest
+    for ph, ref in zip(phantoms, references, strict=True):
         path = vols / f"{ph.volume.case_id}.nii.gz"
         sitk.WriteImage(ph.volume.to_sitk(), str(path))
         rows.append({"volume": str(path), "answer": ref})
